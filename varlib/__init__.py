@@ -6,12 +6,12 @@ Modules, in reading order:
 * ``quant``       the multi-scale residual quantizer (one codebook, coarse to fine)
 * ``vqvae``       the convolutional tokenizer around it
 * ``model``       the VAR transformer (AdaLN blocks, teacher-forced forward)
-* ``sample``      KV-cached sampling with classifier-free guidance; zero-shot editing
+* ``sampler``     KV-cached sampling with classifier-free guidance; zero-shot editing
 * ``checkpoints`` released configurations, checking, downloading and loading weights
 * ``bench``       ``python -m varlib.bench``: speed of sampling and training on this machine
 """
 from .model import VAR, VARConfig
-from .sample import EditSpec, SampleOutput, box_mask, sample
+from .sampler import EditSpec, SampleOutput, box_mask, sample
 from .scales import PATCH_NUMS_256, PATCH_NUMS_512, scale_causal_mask, scale_ids
 from .utils import seed_everything
 from .vqvae import VQVAE, VQVAEConfig
