@@ -72,6 +72,15 @@ class VARConfig:
         return asdict(self)
 
 
+def next_scale_loss(logits_BLV: torch.Tensor, gt_BL: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The official training loss: cross-entropy of every token, each weighted 1/L, summed over
+    the sequence and averaged over the batch (= the mean over all B * L tokens)."""
+    B, L, V = logits_BLV.shape
+    ce_BL = F.cross_entropy(logits_BLV.reshape(-1, V), gt_BL.reshape(-1), label_smoothing=label_smoothing,
+                            reduction="none").view(B, L)
+    return ce_BL.mul(1.0 / L).sum(dim=1).mean()
+
+
 # ------------------------------------------------------------------------------ the pieces
 class DropPath(nn.Module):
     """Stochastic depth: drop a whole residual branch per sample, rescale the kept ones."""
