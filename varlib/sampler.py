@@ -191,11 +191,11 @@ def _check_args(var: VAR, B, cfg, top_k, top_p):
         raise ValueError(f"top_p must be in [0, 1) (0 = off), got {top_p!r}")
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: its tensors could not be used later in autograd code
 def sample(var: VAR, vae: VQVAE, B: int, labels=None, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
            more_smooth: bool = False, seed: int | None = None, generator: torch.Generator | None = None,
            exact: bool = False, use_cache: bool = True, decode: bool = True, return_steps: bool = False,
-           edit: EditSpec | None = None) -> SampleOutput:
+           edit: EditSpec | None = None, uncond_half: bool | None = None) -> SampleOutput:
     """Generate B images, one scale per step.
 
     Args:
@@ -213,6 +213,8 @@ def sample(var: VAR, vae: VQVAE, B: int, labels=None, cfg: float = 1.5, top_k: i
         decode: False returns only tokens and f_hat (no tokenizer decoder).
         return_steps: also return f_hat, embeddings and raw logits of every scale.
         edit: zero-shot in-/out-painting (:class:`EditSpec`).
+        uncond_half: run the null-class half of the batch. None (default): only when cfg > 0.
+            True forces it even at cfg = 0, as the official sampler always does (for comparisons).
     """
     _check_args(var, B, cfg, top_k, top_p)
     if var.cfg.vocab_size != vae.cfg.vocab_size or var.cfg.z_channels != vae.cfg.z_channels:
@@ -226,7 +228,7 @@ def sample(var: VAR, vae: VQVAE, B: int, labels=None, cfg: float = 1.5, top_k: i
     pns, quant = var.cfg.patch_nums, vae.quantize
     S, H, Cv = len(pns), pns[-1], var.cfg.z_channels
     E_VC = quant.embedding.weight
-    guided = cfg > 0
+    guided = cfg > 0 if uncond_half is None else bool(uncond_half)
     both = torch.cat((labels, torch.full_like(labels, var.num_classes))) if guided else labels
     cond_BC = var.class_emb(both)
     mods = var.modulations(cond_BC)                 # AdaLN vectors: the same at every scale
