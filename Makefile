@@ -10,7 +10,7 @@ NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[book,test]"
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[book,test,data]"
 	$(BIN)/python -c "import matplotlib.pyplot"  # build matplotlib's font cache once, outside nbval
 	touch $(STAMP)
 
