@@ -10,6 +10,7 @@ Modules, in reading order:
 * ``checkpoints`` released configurations, checking, downloading and loading weights
 * ``bench``       ``python -m varlib.bench``: speed of sampling and training on this machine
 """
+from .checkpoints import RELEASED, build_released, download, load_pair, load_released
 from .model import VAR, VARConfig
 from .sampler import EditSpec, SampleOutput, box_mask, sample
 from .scales import PATCH_NUMS_256, PATCH_NUMS_512, scale_causal_mask, scale_ids

@@ -195,9 +195,11 @@ class AdaLNBlock(nn.Module):
 
     def forward(self, x_BLC, mod, attn_bias=None, cache: KVCache | None = None):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod
-        h = self.attn(self.ln(x_BLC).mul(scale1.add(1)).add_(shift1), attn_bias, cache)
+        # x + gamma * branch(LN(x) * (1 + scale) + shift); the official order of operations is
+        # kept (fused multiply-adds would round differently and move sampled tokens near ties)
+        h = self.attn(self.ln(x_BLC).mul_(scale1 + 1).add_(shift1), attn_bias, cache)
         x_BLC = x_BLC + self.drop_path(h.mul_(gamma1))
-        h = self.ffn(self.ln(x_BLC).mul(scale2.add(1)).add_(shift2))
+        h = self.ffn(self.ln(x_BLC).mul_(scale2 + 1).add_(shift2))
         return x_BLC + self.drop_path(h.mul_(gamma2))
 
 
@@ -215,7 +217,7 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x_BLC, mod):
         scale, shift = mod
-        return self.ln(x_BLC).mul(scale.add(1)).add_(shift)
+        return self.ln(x_BLC).mul_(scale + 1).add_(shift)
 
 
 class SharedAdaLin(nn.Linear):
@@ -247,7 +249,7 @@ class VAR(nn.Module):
             nn.init.trunc_normal_(p, mean=0, std=init_std)
         if cfg.shared_aln:
             self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(C, 6 * C))
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        dpr = [cfg.drop_path_rate * i / (cfg.depth - 1) if cfg.depth > 1 else 0.0 for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([AdaLNBlock(cfg, dpr[i]) for i in range(cfg.depth)])
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
@@ -314,11 +316,20 @@ class VAR(nn.Module):
         return sos + self.lvl_pos(0, self.first_l)
 
     def run_blocks(self, x_BLC, mods, attn_bias=None, caches=None) -> torch.Tensor:
-        """Blocks + head: hidden states (B, l, C) -> logits (B, l, V) in float32."""
+        """Blocks + the head's AdaLN: inputs (B, l, C) -> head inputs (B, l, C) in float32.
+
+        ``self.head`` of the result gives the logits. The two are apart because the head is
+        linear: guidance can mix the conditional and unconditional halves *before* it and pay
+        for one head instead of two (see ``sampler.sample``).
+        """
         block_mods, head_mod = mods
         for i, blk in enumerate(self.blocks):
             x_BLC = blk(x_BLC, block_mods[i], attn_bias, None if caches is None else caches[i])
-        return self.head(self.head_nm(x_BLC.float(), head_mod).float()).float()
+        return self.head_nm(x_BLC.float(), head_mod).float()
+
+    def logits(self, h_BLC: torch.Tensor) -> torch.Tensor:
+        """Head inputs (B, l, C) -> logits (B, l, V), float32."""
+        return self.head(h_BLC).float()
 
     # ------------------------------------------------------------------------ teacher forcing
     def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> torch.Tensor:
@@ -347,7 +358,8 @@ class VAR(nn.Module):
         sos = cond_BC.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
         x_BLC = torch.cat((sos, self.word_embed(x_BLCv.float())), dim=1)
         x_BLC = x_BLC + self.lvl_pos(0, ed)
-        return self.run_blocks(x_BLC, self.modulations(cond_BC), self.attn_bias_for_masking[:, :, :ed, :ed])
+        h_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), self.attn_bias_for_masking[:, :, :ed, :ed])
+        return self.logits(h_BLC)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module's loader, with a ValueError that names every key that does not fit."""
