@@ -193,3 +193,63 @@ def test_tokens_round_trip_through_the_tokenizer(tiny):
     assert x.shape == (2, sum(p * p for p in PNS) - 1, 8)
     recon = vae.img_to_recon_per_scale(img)
     torch.testing.assert_close(recon[-1], vae.idx_to_img(idx))
+
+
+@pytest.mark.parametrize("share", [0, 1, 2, 4])
+@pytest.mark.parametrize("quant_resi", [0.5, 0.0])
+def test_refiner_sharing_variants(share, quant_resi):
+    """Every way of sharing the phi refiners builds with the official key names and tokenizes
+    consistently (tokens -> f_hat equals the quantizer's own f_hat)."""
+    torch.manual_seed(0)
+    pns = (1, 2, 3, 4)
+    q = MultiScaleQuantizer(128, 4, pns, quant_resi=quant_resi, share_quant_resi=share)
+    keys = [k for k in q.state_dict() if k.startswith("quant_resi")]
+    if quant_resi == 0.0:
+        assert keys == []                       # no refiner at all: plain residual quantization
+    elif share == 0:
+        assert sorted(keys) == sorted(f"quant_resi.{i}.{w}" for i in range(len(pns)) for w in ("weight", "bias"))
+    elif share == 1:
+        assert sorted(keys) == ["quant_resi.qresi.bias", "quant_resi.qresi.weight"]
+    else:
+        assert sorted(keys) == sorted(f"quant_resi.qresi_ls.{i}.{w}" for i in range(share) for w in ("weight", "bias"))
+    f = torch.randn(2, 4, 4, 4)
+    idx = q.f_to_idx(f)
+    for a, b in zip(q.idx_to_fhat_per_scale(idx), q.f_to_fhat_per_scale(f)):
+        torch.testing.assert_close(a, b)
+
+
+def test_tiny_32px_tokenizer_and_training_gradients():
+    """A 32x32 tokenizer with 4x downsampling (latent 8x8); the training forward sends gradients
+    to the encoder (straight-through), the codebook and the refiners."""
+    torch.manual_seed(0)
+    cfg = VQVAEConfig(vocab_size=256, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                      patch_nums=(1, 2, 3, 4, 6, 8))
+    assert cfg.downsample == 4 and cfg.image_size == 32
+    vae = VQVAE(cfg)
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    rec, vq_loss, usage = vae(img)
+    assert rec.shape == img.shape and usage.shape == (6, 256)
+    ((rec - img).square().mean() + vq_loss).backward()
+    for name in ("encoder.conv_in.weight", "quantize.embedding.weight", "quantize.quant_resi.qresi_ls.0.weight",
+                 "decoder.conv_out.weight"):
+        g = dict(vae.named_parameters())[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("shared_aln,l2", [(True, True), (False, False)])
+def test_variants_of_the_transformer(tiny, shared_aln, l2):
+    """Shared AdaLN and plain (non-L2) attention: the cache and teacher forcing still agree."""
+    vae, _ = tiny
+    torch.manual_seed(3)
+    var = VAR(VARConfig(vocab_size=64, z_channels=8, num_classes=5, depth=2, width=64, num_heads=2,
+                        shared_aln=shared_aln, attn_l2_norm=l2, patch_nums=PNS)).eval()
+    assert hasattr(var, "shared_ada_lin") == shared_aln
+    assert hasattr(var.blocks[0].attn, "scale_mul_1H11") == l2
+    kw = dict(B=2, labels=torch.tensor([0, 4]), cfg=1.0, top_k=8, seed=2, return_steps=True, decode=False)
+    a, b = sample(var, vae, use_cache=True, **kw), sample(var, vae, use_cache=False, **kw)
+    for x, y in zip(a.idx_per_scale, b.idx_per_scale):
+        assert torch.equal(x, y)
+    x = vae.quantize.idx_to_var_input(a.idx_per_scale)
+    with torch.no_grad():
+        torch.testing.assert_close(var(torch.tensor([0, 4]), x), torch.cat(a.raw_logits_per_scale, 1)[:2],
+                                   atol=1e-5, rtol=1e-5)
