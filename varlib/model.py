@@ -332,7 +332,8 @@ class VAR(nn.Module):
         return self.head(h_BLC).float()
 
     # ------------------------------------------------------------------------ teacher forcing
-    def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> torch.Tensor:
+    def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor,
+                cond_drop_B: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits of every token: (B,), (B, L' - first_l, Cv) -> (B, L', V).
 
         ``x_BLCv`` is ``MultiScaleQuantizer.idx_to_var_input`` of the target tokens, or a prefix
@@ -340,7 +341,8 @@ class VAR(nn.Module):
         the logits of that prefix come back, equal to the first rows of the full forward
         because the mask is scale-causal. In training mode each label is replaced by the null
         class with probability ``cond_drop_rate`` (global RNG); in eval mode never (the
-        official code also drops labels in eval mode, a quirk we do not copy).
+        official code also drops labels in eval mode, a quirk we do not copy). A trainer that
+        wants to decide itself passes ``cond_drop_B`` (B,) bool: True = use the null class.
         """
         B = label_B.shape[0]
         self.check_labels(label_B)
@@ -351,9 +353,10 @@ class VAR(nn.Module):
         if ed not in [e for _, e in self.begin_ends]:
             raise ValueError(f"x_BLCv holds {x_BLCv.shape[1]} tokens; it must end at a scale boundary, i.e. be "
                              f"one of {[e - self.first_l for _, e in self.begin_ends]}")
-        if self.training and self.cfg.cond_drop_rate > 0:
-            drop = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
-            label_B = torch.where(drop, self.num_classes, label_B)
+        if cond_drop_B is None and self.training and self.cfg.cond_drop_rate > 0:
+            cond_drop_B = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
+        if cond_drop_B is not None:
+            label_B = torch.where(cond_drop_B, self.num_classes, label_B)
         cond_BC = self.class_emb(label_B)
         sos = cond_BC.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
         x_BLC = torch.cat((sos, self.word_embed(x_BLCv.float())), dim=1)
