@@ -43,7 +43,7 @@ def lr_factor(sche: str, it: int, wp_it: float, max_it: int, wp0: float = 0.005,
     wp_it = round(wp_it)
     if it < wp_it:
         return wp0 + (1 - wp0) * it / wp_it
-    p = (it - wp_it) / (max_it - 1 - wp_it)
+    p = (it - wp_it) / max(max_it - 1 - wp_it, 1)    # max: a run whose decay phase is a single step
     rest = 1 - p
     if sche == "cos":
         return wpe + (1 - wpe) * (0.5 + 0.5 * math.cos(math.pi * p))
@@ -67,7 +67,7 @@ def lr_factor(sche: str, it: int, wp_it: float, max_it: int, wp0: float = 0.005,
 
 def wd_at(it: int, max_it: int, wd: float, wd_end: float) -> float:
     """Weight decay at iteration ``it``: half cosine from ``wd`` to ``wd_end``."""
-    return wd_end + (wd - wd_end) * (0.5 + 0.5 * math.cos(math.pi * it / (max_it - 1)))
+    return wd_end + (wd - wd_end) * (0.5 + 0.5 * math.cos(math.pi * it / max(max_it - 1, 1)))
 
 
 def apply_schedule(opt: torch.optim.Optimizer, it: int, *, peak_lr: float, wd: float, wd_end: float,

@@ -202,7 +202,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:    # not a torch file, truncated, or holding more than tensors and containers
+        raise ValueError(f"{path} is not a varlib training checkpoint: {type(e).__name__}: {str(e)[:200]}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
         raise ValueError(f"{path} is not a varlib training checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -447,10 +450,11 @@ class TokenizerTrainer(Trainer):
             self.usage_SV = torch.zeros(len(self.model.cfg.patch_nums), self.model.cfg.vocab_size, dtype=torch.long)
 
     def extra_state(self):
-        return {"usage_SV": self.usage_SV}
+        return {"usage_SV": self.usage_SV, "window_usage": self.window_usage}
 
     def restore_extra(self, ckpt):
         self.usage_SV = ckpt["usage_SV"]
+        self.window_usage = dict(ckpt.get("window_usage", {}))   # logged until the next restart
 
     def global_batch(self, step: int) -> torch.Tensor:
         cfg = self.cfg
