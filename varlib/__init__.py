@@ -9,9 +9,14 @@ Modules, in reading order:
 * ``sampler``     KV-cached sampling with classifier-free guidance; zero-shot editing
 * ``checkpoints`` released configurations, checking, downloading and loading weights
 * ``bench``       ``python -m varlib.bench``: speed of sampling and training on this machine
+* ``data``        data sets that need no download (OpenMoji emoji32, procedural shapes, folders)
+* ``optim``       the official parameter groups and learning-rate / weight-decay schedules
+* ``train``       ``python -m varlib.train``: training the tokenizer and VAR (CPU, or DDP via torchrun)
+* ``pretrained``  the small emoji32 models shipped with the package; ``evaluate`` measures them
 """
 from .checkpoints import RELEASED, build_released, download, load_pair, load_released
 from .model import VAR, VARConfig
+from .pretrained import pretrained, pretrained_info
 from .sampler import EditSpec, SampleOutput, box_mask, sample
 from .scales import PATCH_NUMS_256, PATCH_NUMS_512, scale_causal_mask, scale_ids
 from .utils import seed_everything
