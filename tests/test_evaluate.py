@@ -1,4 +1,4 @@
-"""Shipping files (``varlib.pretrained``) and the evaluation CLI (``varlib.evaluate``) on tiny models.
+"""Shipping files (``varlib.shipped``) and the evaluation CLI (``varlib.evaluate``) on tiny models.
 
 Two tiny training runs (4 steps each on a slice of the shapes data) are made once per module,
 exported to a temporary models folder as the pair "tiny", then loaded, described and evaluated.
@@ -16,7 +16,7 @@ from varlib import train
 from varlib.data import SHAPES
 from varlib.evaluate import main as evaluate_main, run as evaluate_run
 from varlib.model import VAR
-from varlib.pretrained import available, export, load_models, pretrained, pretrained_info
+from varlib.shipped import available, export, load_models, pretrained, pretrained_info
 from varlib.vqvae import VQVAE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

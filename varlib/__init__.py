@@ -12,11 +12,12 @@ Modules, in reading order:
 * ``data``        data sets that need no download (OpenMoji emoji32, procedural shapes, folders)
 * ``optim``       the official parameter groups and learning-rate / weight-decay schedules
 * ``train``       ``python -m varlib.train``: training the tokenizer and VAR (CPU, or DDP via torchrun)
-* ``pretrained``  the small emoji32 models shipped with the package; ``evaluate`` measures them
+* ``shipped``     the small emoji32 models shipped with the package (``varlib.pretrained("emoji32")``);
+                  ``evaluate`` measures them
 """
 from .checkpoints import RELEASED, build_released, download, load_pair, load_released
 from .model import VAR, VARConfig
-from .pretrained import pretrained, pretrained_info
+from .shipped import pretrained, pretrained_info
 from .sampler import EditSpec, SampleOutput, box_mask, sample
 from .scales import PATCH_NUMS_256, PATCH_NUMS_512, scale_causal_mask, scale_ids
 from .utils import seed_everything

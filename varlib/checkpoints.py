@@ -326,3 +326,50 @@ def load_pair(var_name: str, vae_path=None, var_path=None, device="cpu", cache_d
     var = load_released(var_name, var_path, device, cache_dir=cache_dir)
     vae = load_released(entry.tokenizer, vae_path, device, patch_nums=var.cfg.patch_nums, cache_dir=cache_dir)
     return vae, var
+
+
+# ------------------------------------------------------------------- training checkpoints
+# Written by varlib.train and varlib.shipped: a dict with the model configuration, weights and
+# (for training) optimiser and RNG state, readable with weights_only=True.
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same folder, flushed, then renamed over ``path``.
+
+    A run killed half-way through a save leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:    # not a torch file, truncated, or holding more than tensors and containers
+        raise ValueError(f"{path} is not a varlib training checkpoint: {type(e).__name__}: {str(e)[:200]}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
+        raise ValueError(f"{path} is not a varlib training checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(path_or_ckpt, device="cpu"):
+    """Rebuild the model a checkpoint describes and load its weights: VQVAE or VAR, eval mode."""
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
+    cls, cfg_cls = (VQVAE, VQVAEConfig) if ckpt["kind"] == "tokenizer" else (VAR, VARConfig)
+    model = cls(cfg_cls(**ckpt["model_config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+    return model.to(device).eval()

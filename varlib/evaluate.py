@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .model import VAR
-from .pretrained import PRETRAINED_DIR, load_models, pair_paths
+from .shipped import PRETRAINED_DIR, load_models, pair_paths
 from .sampler import sample
 from .train import ImageData, load_checkpoint, load_data, tokenizer_metrics, var_metrics
 from .vqvae import VQVAE

@@ -38,11 +38,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .model import VAR, VARConfig, next_scale_loss
 from .optim import apply_schedule, param_groups
 from .vqvae import VQVAE, VQVAEConfig
 
-CHECKPOINT_FORMAT = 1
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -177,48 +177,6 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
         sel = pos // n == epoch
         out[sel] = perm[pos[sel] % n]
     return out
-
-
-# ------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the same folder, flushed, then renamed over ``path``.
-
-    A run killed half-way through a save leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:    # not a torch file, truncated, or holding more than tensors and containers
-        raise ValueError(f"{path} is not a varlib training checkpoint: {type(e).__name__}: {str(e)[:200]}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
-        raise ValueError(f"{path} is not a varlib training checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def model_from_checkpoint(path_or_ckpt, device="cpu"):
-    """Rebuild the model a checkpoint describes and load its weights: VQVAE or VAR, eval mode."""
-    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
-    cls, cfg_cls = (VQVAE, VQVAEConfig) if ckpt["kind"] == "tokenizer" else (VAR, VARConfig)
-    model = cls(cfg_cls(**ckpt["model_config"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
-    return model.to(device).eval()
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -367,26 +325,26 @@ class Trainer:
         self.plot()
 
     def plot(self):
+        """loss.png: every logged loss over the steps (a Figure without pyplot, so a notebook's
+        backend is left alone)."""
         try:
-            import matplotlib
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure
         except ImportError:
             return
         if not self.history:
             return
         keys = [k for k in self.history[-1] if k.startswith("loss")]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         steps = [h["step"] for h in self.history]
         for k in keys:
-            ax.plot(steps, [h[k] for h in self.history], label=k)
+            ax.plot(steps, [h.get(k, float("nan")) for h in self.history], label=k)
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.set_title(f"{self.cfg.kind} ({self.cfg.preset})")
-        ax.legend()
+        ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(self.out / "loss.png", dpi=100)
-        plt.close(fig)
 
     # --- the loop
     def run(self) -> dict:

@@ -15,7 +15,7 @@ VAR run). A pair is two files in ``varlib/pretrained_models/``: ``{name}_tokeniz
 
 Typical use::
 
-    from varlib.pretrained import pretrained, pretrained_info
+    from varlib.shipped import pretrained, pretrained_info
     vae, var = pretrained("emoji32")          # float32, eval mode, tokenizer frozen
     pretrained_info("emoji32")["var"]["command"]
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .model import VAR
-from .train import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .vqvae import VQVAE
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained_models"
