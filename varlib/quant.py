@@ -160,23 +160,32 @@ class MultiScaleQuantizer(nn.Module):
         """The cumulative reconstruction after each scale: S tensors (B, C, h, w)."""
         return self._quantize(f_BChw, patch_nums)[1]
 
+    @torch.no_grad()
+    def residuals_per_scale(self, f_BChw: torch.Tensor, patch_nums=None) -> list[torch.Tensor]:
+        """What each scale quantizes: the area-downsampled residual, S tensors (B * pn_k^2, C).
+
+        (The trainer re-seeds dead codes from these vectors.)
+        """
+        return self._quantize(f_BChw, patch_nums)[2]
+
     def _quantize(self, f_BChw, patch_nums):
         B, C, H, W = f_BChw.shape
         if H != W:
             raise ValueError(f"the latent must be square, got {H}x{W}")
         pns = self._pyramid(patch_nums, H)
         f_rest, f_hat = f_BChw.detach().clone(), torch.zeros_like(f_BChw)
-        idx_list, fhat_list = [], []
+        idx_list, fhat_list, z_list = [], [], []
         for si, pn in enumerate(pns):
             z_BCpp = f_rest if pn == H else area_resize(f_rest, pn)
-            idx_N = self.nearest_code(z_BCpp.permute(0, 2, 3, 1).reshape(-1, C))
-            idx_Bl = idx_N.view(B, pn * pn)
+            z_NC = z_BCpp.permute(0, 2, 3, 1).reshape(-1, C)
+            idx_Bl = self.nearest_code(z_NC).view(B, pn * pn)
+            z_list.append(z_NC.clone())   # f_rest is updated in place below
             e = self.add_scale(si, f_hat, self.lookup(idx_Bl, pn), len(pns))
             f_hat.add_(e)
             f_rest.sub_(e)
             idx_list.append(idx_Bl)
             fhat_list.append(f_hat.clone())
-        return idx_list, fhat_list
+        return idx_list, fhat_list, z_list
 
     # ------------------------------------------------------------------------ de-tokenizing
     def idx_to_fhat_per_scale(self, idx_list, latent_size: int | None = None,

@@ -399,8 +399,7 @@ class TokenizerTrainer(Trainer):
 
     def optim_groups(self):
         # no decay on biases, norms and the codebook (decay would pull codes towards 0)
-        groups = param_groups(self.model, no_wd_keys=("embedding", "norm"))
-        return groups
+        return param_groups(self.model, no_wd_keys=("embedding", "norm"))
 
     def __init__(self, *args, **kwargs):
         self.usage_SV, self.window_usage = None, {}
@@ -464,21 +463,9 @@ class TokenizerTrainer(Trainer):
         return tokenizer_metrics(self.model.eval(), self.data.heldout.to(self.d.device))
 
 
-@torch.no_grad()
 def residuals_per_scale(q, f: torch.Tensor) -> list[torch.Tensor]:
-    """The vectors each scale quantizes (area-downsampled residuals), one (N_k, C) tensor per scale."""
-    B, C, H, _ = f.shape
-    f_rest, f_hat, out = f.clone(), torch.zeros_like(f), []
-    pns = q.patch_nums
-    for si, pn in enumerate(pns):
-        z = f_rest if pn == H else F.interpolate(f_rest, size=(pn, pn), mode="area")
-        z_NC = z.permute(0, 2, 3, 1).reshape(-1, C)
-        out.append(z_NC)
-        idx = q.nearest_code(z_NC).view(B, pn * pn)
-        e = q.add_scale(si, f_hat, q.lookup(idx, pn), len(pns))
-        f_hat += e
-        f_rest -= e
-    return out
+    """The vectors each scale quantizes, one (N_k, C) tensor per scale (see the quantizer)."""
+    return q.residuals_per_scale(f)
 
 
 class VARTrainer(Trainer):
