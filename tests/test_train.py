@@ -480,7 +480,7 @@ def test_dead_code_restart_moves_unused_codes(shapes, tmp_path):
             seen["before"] = q.embedding.weight.detach().clone()
             with torch.no_grad():
                 f = t.model.encode(t.global_batch(step))
-                seen["candidates"] = torch.cat(T.residuals_per_scale(q, f))
+                seen["candidates"] = torch.cat(q.residuals_per_scale(f))
         after_step(step)
         if step == 3:
             seen["after"] = q.embedding.weight.detach().clone()

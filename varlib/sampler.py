@@ -40,7 +40,6 @@ def filter_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float =
     top-p sorts a row ascending and removes the entries whose cumulative probability is
     <= 1 - top_p, never the largest one. top-k runs first. 0 disables a filter.
     """
-    V = logits_BlV.shape[-1]
     if top_k > 0:
         kth = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
         logits_BlV.masked_fill_(logits_BlV < kth, -math.inf)
@@ -49,7 +48,6 @@ def filter_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float =
         drop_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
         drop_sorted[..., -1:] = False
         logits_BlV.masked_fill_(drop_sorted.scatter(order.ndim - 1, order, drop_sorted), -math.inf)
-    assert logits_BlV.shape[-1] == V
     return logits_BlV
 
 

@@ -25,7 +25,6 @@ to float summation order).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -42,7 +41,6 @@ from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoi
 from .model import VAR, VARConfig, next_scale_loss
 from .optim import apply_schedule, param_groups
 from .vqvae import VQVAE, VQVAEConfig
-
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -214,12 +212,6 @@ def local_slice(x: torch.Tensor, d: Dist) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- metrics
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two image batches in [-1, 1], measured on the [0, 1] scale."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).square().mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-12))
-
-
 @torch.no_grad()
 def tokenizer_metrics(vae: VQVAE, images: torch.Tensor, batch: int = 128) -> dict:
     """Held-out figures: PSNR, codebook usage overall and per scale (of the codes it could use)."""
@@ -449,7 +441,7 @@ class TokenizerTrainer(Trainer):
         if len(dead):
             # candidate vectors: what each scale still had to explain, on this step's global batch
             f = self.model.encode(self.global_batch(step).to(self.d.device))
-            res = residuals_per_scale(q, f)
+            res = q.residuals_per_scale(f)
             g = step_generator(self.cfg.seed, step, stream=1)
             si = torch.randint(0, len(res), (len(dead),), generator=g)       # scales drawn evenly
             pick = torch.stack([res[s][torch.randint(0, len(res[s]), (1,), generator=g)[0]] for s in si.tolist()])
@@ -461,11 +453,6 @@ class TokenizerTrainer(Trainer):
 
     def evaluate(self) -> dict:
         return tokenizer_metrics(self.model.eval(), self.data.heldout.to(self.d.device))
-
-
-def residuals_per_scale(q, f: torch.Tensor) -> list[torch.Tensor]:
-    """The vectors each scale quantizes, one (N_k, C) tensor per scale (see the quantizer)."""
-    return q.residuals_per_scale(f)
 
 
 class VARTrainer(Trainer):
