@@ -500,6 +500,55 @@ def test_dead_code_restart_moves_unused_codes(shapes, tmp_path):
     assert (t.usage_SV == 0).all()      # the window starts again
 
 
+def test_expected_coverage_formula(shapes, tmp_path):
+    cfg = T.preset("tokenizer", "tiny", steps=1, usage_ref=3)
+    t = T.trainer(cfg, tmp_path, progress=False, data=shapes)
+    V, pns = t.model.cfg.vocab_size, t.model.cfg.patch_nums
+    t.usage_SV.zero_()
+    t.usage_SV[0, :2] = 5                  # scale 0: two codes, equally often
+    t.usage_SV[1:, 0] = 7                  # the others: always code 0
+    cover = t.expected_coverage()
+    # 3 images give 3 tokens at scale 0: E[distinct] = 2 (1 - 0.5^3) out of min(V, 3) possible
+    assert cover[0] == pytest.approx(2 * (1 - 0.5 ** 3) / min(V, 3))
+    for c, pn in zip(cover[1:], pns[1:]):
+        assert c == pytest.approx(1 / min(V, 3 * pn * pn))
+
+
+def test_scale_floor_gives_short_scales_least_used_codes(shapes, tmp_path):
+    cfg = T.preset("tokenizer", "tiny", steps=4, save_every=4, restart_every=4, log_every=1,
+                   scale_floor=0.9, usage_ref=16)
+    t = T.trainer(cfg, tmp_path, progress=False, data=shapes)
+    q = t.model.quantize
+    seen, after_step = {}, t.after_step
+
+    def spy(step):
+        if step == 3:
+            seen["usage"] = t.usage_SV.clone()
+            seen["cover"] = t.expected_coverage()
+            seen["before"] = q.embedding.weight.detach().clone()
+            with torch.no_grad():
+                seen["res"] = q.residuals_per_scale(t.model.encode(t.global_batch(step)))
+        after_step(step)
+        if step == 3:
+            seen["after"] = q.embedding.weight.detach().clone()
+    t.after_step = spy
+    t.run()
+    hits = seen["usage"].sum(0)
+    moved = (seen["after"] != seen["before"]).any(1)
+    dead = hits == 0
+    assert all(c < 0.9 for c in seen["cover"]), "every scale should be short of a 90% floor"
+    assert dead.sum() < moved.sum() < len(moved), "besides the dead codes, some used codes move, not all"
+    # the used codes that moved are the least used ones
+    assert hits[moved & ~dead].max() <= hits[~moved].min()
+    # each moved code sits on a residual of some scale; the coarsest scale got its share
+    cand = torch.cat(seen["res"])
+    dist = torch.cdist(seen["after"][moved], cand, compute_mode="donot_use_mm_for_euclid_dist")
+    assert dist.min(1).values.max() < 1e-5
+    d0 = torch.cdist(seen["after"][moved], seen["res"][0], compute_mode="donot_use_mm_for_euclid_dist")
+    assert (d0.min(1).values < 1e-5).sum() >= 1
+    assert t.window_usage["cover_s0"] == pytest.approx(seen["cover"][0])   # logged from the next step on
+
+
 def test_var_loss_falls(small, tok_run, tmp_path):
     cfg = T.preset("var", "tiny", steps=24, save_every=24, log_every=1, tokenizer=str(tok_run[1]))
     t = run_cfg(cfg, tmp_path, small)

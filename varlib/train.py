@@ -7,8 +7,11 @@
 The official repository never released its tokenizer trainer; ``train_tokenizer`` is ours:
 reconstruction MSE plus the multi-scale VQ loss, AdamW with warm-up and cosine decay, and
 *dead-code restarts*: every ``restart_every`` steps, each code nobody picked in the window is
-moved onto a residual vector of the current batch, drawn evenly over the scales, so that no
-scale (the coarse ones first) collapses onto a handful of codes.
+moved onto a residual vector of the current batch, drawn evenly over the scales; and, with
+``scale_floor > 0``, a *floor per scale*: a scale whose expected coverage (the share of the codes
+it could use that ``usage_ref`` held-out images would pick, estimated from the window's counts)
+is below the floor takes some of the least-used codes, placed on its own residuals. Together they
+keep every scale (the coarse ones first) from collapsing onto a handful of codes.
 
 ``train_var`` follows the official recipe (``optim.py``: parameter groups, ``lin0`` schedule,
 AdamW 0.9/0.95, clipping at 2, label dropout 0.1, CE over all tokens) with one change of
@@ -64,6 +67,8 @@ class TrainConfig:
     max_shift: int = 1                 # augmentation: random shifts of up to this many pixels
     label_smoothing: float = 0.0       # var
     restart_every: int = 100           # tokenizer: dead-code restart period (0 = off)
+    scale_floor: float = 0.0           # tokenizer: least coverage per scale kept by restarts (0 = off)
+    usage_ref: int = 200               # tokenizer: images the coverage is expected over (a held-out set)
     tokenizer: str = ""                # var: checkpoint of the frozen tokenizer
     token_cache: bool = True           # var: tokenize the data set once
     bf16: bool = False                 # autocast to bfloat16 for the forward pass
@@ -93,12 +98,12 @@ PRESETS = {
     ("var", "tiny"): dict(kind="var", data="shapes", steps=40, batch_size=16, lr=2e-3, warmup=5, save_every=20,
                           log_every=5, model=dict(depth=2, width=64, num_heads=2)),
     # the book's emoji models
-    # (sized for a 2-core CPU: about 25 and 15 minutes)
-    ("tokenizer", "emoji32"): _tok(data="emoji32", steps=3000, batch_size=32, lr=1e-3, warmup=100,
-                                   restart_every=100, save_every=100, log_every=25,
-                                   model=dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2),
+    # (sized for a 2-core CPU: about 47 and 20 minutes)
+    ("tokenizer", "emoji32"): _tok(data="emoji32", steps=7000, batch_size=32, lr=2e-3, warmup=100, bf16=True,
+                                   restart_every=100, scale_floor=0.3, save_every=100, log_every=25,
+                                   model=dict(vocab_size=512, z_channels=32, ch=64, ch_mult=(1, 1, 2),
                                               num_res_blocks=1, patch_nums=(1, 2, 3, 4, 6, 8))),
-    ("var", "emoji32"): dict(kind="var", data="emoji32", steps=2000, batch_size=32, lr=1e-3, warmup=100,
+    ("var", "emoji32"): dict(kind="var", data="emoji32", steps=3000, batch_size=32, lr=1e-3, warmup=100,
                              save_every=100, log_every=25, wpe=0.05,
                              model=dict(depth=4, width=192, num_heads=3, drop_path_rate=0.0)),
 }
@@ -427,28 +432,60 @@ class TokenizerTrainer(Trainer):
                       "psnr_db": 10 * math.log10(4 / max(rec_loss.item(), 1e-12)), **self.window_usage}, \
             x.shape[0] * self.d.world
 
+    def expected_coverage(self) -> list[float]:
+        """Per scale: the fraction of the codes it could use (min(V, n pn^2)) that ``n = usage_ref``
+        images would use if their tokens were drawn like this window's. Sum over codes v of
+        P(v appears among the n pn^2 tokens) = 1 - (1 - p_v)^(n pn^2): the held-out usage to expect."""
+        V, n = self.model.cfg.vocab_size, self.cfg.usage_ref
+        p_SV = self.usage_SV.double() / self.usage_SV.sum(1, keepdim=True).clamp_min(1)
+        out = []
+        for p_V, pn in zip(p_SV, self.model.cfg.patch_nums):
+            draws = n * pn * pn
+            out.append((1 - (1 - p_V) ** draws).sum().item() / min(V, draws))
+        return out
+
     @torch.no_grad()
     def after_step(self, step: int):
+        """At the end of each window of ``restart_every`` steps: re-seed the dead codes, then give every
+        scale whose expected coverage is below ``scale_floor`` some of the least-used codes."""
         every = self.cfg.restart_every
         if every <= 0 or (step + 1) % every:
             return
-        q = self.model.quantize
+        q, V = self.model.quantize, self.model.cfg.vocab_size
         used = self.usage_SV.sum(0) > 0
         dead = torch.nonzero(~used).flatten()
-        # monitoring: the fraction of the codebook each scale used in this window
+        cover = self.expected_coverage()
+        # monitoring: the fraction of the codebook each scale used in this window, and its coverage
         self.window_usage = {"codebook_used": used.float().mean().item(),
-                             **{f"used_s{si}": (u > 0).float().mean().item() for si, u in enumerate(self.usage_SV)}}
-        if len(dead):
+                             **{f"used_s{si}": (u > 0).float().mean().item() for si, u in enumerate(self.usage_SV)},
+                             **{f"cover_s{si}": c for si, c in enumerate(cover)}}
+        # codes each scale is short of its floor (at most V/16 a window, so the codebook moves slowly)
+        short = {}
+        for si, (c, pn) in enumerate(zip(cover, self.model.cfg.patch_nums)):
+            if c < self.cfg.scale_floor:
+                want = math.ceil((self.cfg.scale_floor - c) * min(V, self.cfg.usage_ref * pn * pn))
+                short[si] = min(want, max(1, V // 16))
+        if len(dead) or short:
             # candidate vectors: what each scale still had to explain, on this step's global batch
             f = self.model.encode(self.global_batch(step).to(self.d.device))
             res = q.residuals_per_scale(f)
             g = step_generator(self.cfg.seed, step, stream=1)
-            si = torch.randint(0, len(res), (len(dead),), generator=g)       # scales drawn evenly
-            pick = torch.stack([res[s][torch.randint(0, len(res[s]), (1,), generator=g)[0]] for s in si.tolist()])
-            q.embedding.weight[dead] = pick.to(q.embedding.weight.dtype)
+            moved = torch.zeros(V, dtype=torch.bool)
+            if len(dead):
+                si = torch.randint(0, len(res), (len(dead),), generator=g)       # scales drawn evenly
+                pick = torch.stack([res[s][torch.randint(0, len(res[s]), (1,), generator=g)[0]] for s in si.tolist()])
+                q.embedding.weight[dead] = pick.to(q.embedding.weight.dtype)
+                moved[dead] = True
+            hits = self.usage_SV.sum(0).double()
+            for si, n in short.items():
+                # the least-used codes not moved yet, placed on distinct residuals of that scale
+                rows = torch.randperm(len(res[si]), generator=g)[:n]
+                codes = torch.where(moved, torch.inf, hits).argsort(stable=True)[:len(rows)]
+                q.embedding.weight[codes] = res[si][rows].to(q.embedding.weight.dtype)
+                moved[codes] = True
             for state in self.opt.state.get(q.embedding.weight, {}).values():   # forget their Adam moments
                 if torch.is_tensor(state) and state.shape == q.embedding.weight.shape:
-                    state[dead] = 0
+                    state[moved] = 0
         self.usage_SV.zero_()
 
     def evaluate(self) -> dict:
