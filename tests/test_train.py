@@ -531,6 +531,7 @@ def test_scale_floor_gives_short_scales_least_used_codes(shapes, tmp_path):
         after_step(step)
         if step == 3:
             seen["after"] = q.embedding.weight.detach().clone()
+            seen["moments"] = {k: v.clone() for k, v in t.opt.state[q.embedding.weight].items()}
     t.after_step = spy
     t.run()
     hits = seen["usage"].sum(0)
@@ -546,6 +547,8 @@ def test_scale_floor_gives_short_scales_least_used_codes(shapes, tmp_path):
     assert dist.min(1).values.max() < 1e-5
     d0 = torch.cdist(seen["after"][moved], seen["res"][0], compute_mode="donot_use_mm_for_euclid_dist")
     assert (d0.min(1).values < 1e-5).sum() >= 1
+    for k in ("exp_avg", "exp_avg_sq"):   # moved codes start with fresh Adam moments
+        assert (seen["moments"][k][moved] == 0).all() and (seen["moments"][k][~moved] != 0).any()
     assert t.window_usage["cover_s0"] == pytest.approx(seen["cover"][0])   # logged from the next step on
 
 
