@@ -468,25 +468,32 @@ def test_tokenizer_learns_and_uses_more_codes(tok_run):
     assert metrics["tokenizer_psnr_db"] > h[0]["psnr_db"] and 0 < metrics["codebook_usage"] <= 1
 
 
-def test_dead_code_restart_moves_unused_codes(shapes, tmp_path):
-    cfg = T.preset("tokenizer", "tiny", steps=4, save_every=4, restart_every=4, log_every=1)
-    t = T.trainer(cfg, tmp_path, progress=False, data=shapes)
-    q = t.model.quantize
-    seen, after_step = {}, t.after_step
+def run_watching_restart(t, restart_step: int) -> dict:
+    """Run trainer t; around its restart at restart_step record the window's usage and coverage,
+    the residuals of that step's batch, the codebook before and after, and the codes' Adam moments."""
+    q, seen, after_step = t.model.quantize, {}, t.after_step
 
     def spy(step):
-        if step == 3:
+        if step == restart_step:
             seen["usage"] = t.usage_SV.clone()
+            seen["cover"] = t.expected_coverage()
             seen["before"] = q.embedding.weight.detach().clone()
             with torch.no_grad():
-                f = t.model.encode(t.global_batch(step))
-                seen["candidates"] = torch.cat(q.residuals_per_scale(f))
+                seen["res"] = q.residuals_per_scale(t.model.encode(t.global_batch(step)))
         after_step(step)
-        if step == 3:
+        if step == restart_step:
             seen["after"] = q.embedding.weight.detach().clone()
             seen["moments"] = {k: v.clone() for k, v in t.opt.state[q.embedding.weight].items()}
     t.after_step = spy
     t.run()
+    return seen
+
+
+def test_dead_code_restart_moves_unused_codes(shapes, tmp_path):
+    cfg = T.preset("tokenizer", "tiny", steps=4, save_every=4, restart_every=4, log_every=1)
+    t = T.trainer(cfg, tmp_path, progress=False, data=shapes)
+    seen = run_watching_restart(t, 3)
+    seen["candidates"] = torch.cat(seen["res"])
     dead = seen["usage"].sum(0) == 0
     assert 0 < dead.sum() < len(dead), "the window should leave some codes unused"
     assert torch.equal(seen["after"][~dead], seen["before"][~dead]), "codes in use must not move"
@@ -518,22 +525,7 @@ def test_scale_floor_gives_short_scales_least_used_codes(shapes, tmp_path):
     cfg = T.preset("tokenizer", "tiny", steps=4, save_every=4, restart_every=4, log_every=1,
                    scale_floor=0.9, usage_ref=16)
     t = T.trainer(cfg, tmp_path, progress=False, data=shapes)
-    q = t.model.quantize
-    seen, after_step = {}, t.after_step
-
-    def spy(step):
-        if step == 3:
-            seen["usage"] = t.usage_SV.clone()
-            seen["cover"] = t.expected_coverage()
-            seen["before"] = q.embedding.weight.detach().clone()
-            with torch.no_grad():
-                seen["res"] = q.residuals_per_scale(t.model.encode(t.global_batch(step)))
-        after_step(step)
-        if step == 3:
-            seen["after"] = q.embedding.weight.detach().clone()
-            seen["moments"] = {k: v.clone() for k, v in t.opt.state[q.embedding.weight].items()}
-    t.after_step = spy
-    t.run()
+    seen = run_watching_restart(t, 3)
     hits = seen["usage"].sum(0)
     moved = (seen["after"] != seen["before"]).any(1)
     dead = hits == 0

@@ -452,7 +452,8 @@ class TokenizerTrainer(Trainer):
         if every <= 0 or (step + 1) % every:
             return
         q, V = self.model.quantize, self.model.cfg.vocab_size
-        used = self.usage_SV.sum(0) > 0
+        hits = self.usage_SV.sum(0)                    # (V,) picks of each code, all scales
+        used = hits > 0
         dead = torch.nonzero(~used).flatten()
         cover = self.expected_coverage()
         # monitoring: the fraction of the codebook each scale used in this window, and its coverage
@@ -476,11 +477,10 @@ class TokenizerTrainer(Trainer):
                 pick = torch.stack([res[s][torch.randint(0, len(res[s]), (1,), generator=g)[0]] for s in si.tolist()])
                 q.embedding.weight[dead] = pick.to(q.embedding.weight.dtype)
                 moved[dead] = True
-            hits = self.usage_SV.sum(0).double()
             for si, n in short.items():
                 # the least-used codes not moved yet, placed on distinct residuals of that scale
                 rows = torch.randperm(len(res[si]), generator=g)[:n]
-                codes = torch.where(moved, torch.inf, hits).argsort(stable=True)[:len(rows)]
+                codes = torch.where(moved, torch.inf, hits.double()).argsort(stable=True)[:len(rows)]
                 q.embedding.weight[codes] = res[si][rows].to(q.embedding.weight.dtype)
                 moved[codes] = True
             for state in self.opt.state.get(q.embedding.weight, {}).values():   # forget their Adam moments
